@@ -1,0 +1,165 @@
+"""The attendee spawner: one hardened, resource-limited container per attendee.
+
+A DockerSpawner subclass. Limits come from workshop.yaml through the hub
+config mapping; this module only decides how a container is locked down:
+
+- memory+swap equal to the memory limit (no swap), a pids limit;
+- every capability dropped and no-new-privileges set;
+- a non-root numeric uid of the attendee's own (uid_base + hub user id), so
+  file ownership keeps attendees apart on shared mounts such as nbgrader's
+  exchange;
+- a named home volume that outlives the container;
+- the server port published on 127.0.0.1 only (DockerSpawner's host_ip).
+"""
+
+from __future__ import annotations
+
+from dockerspawner import DockerSpawner
+from traitlets import Integer, Unicode, default
+
+HOME_ROOT = "/home"
+
+
+class WorkshopSpawner(DockerSpawner):
+    """DockerSpawner with the workshop's per-attendee limits and hardening."""
+
+    pids_limit = Integer(
+        512,
+        config=True,
+        help="Maximum number of processes and threads in one attendee container (fork-bomb guard).",
+    )
+
+    uid_base = Integer(
+        20000,
+        config=True,
+        help="Attendee containers run as uid (and gid) uid_base + the hub's numeric user id.",
+    )
+
+    home_volume_template = Unicode(
+        "workshop-home-{username}",
+        config=True,
+        help="Name of the Docker volume holding an attendee's home; it survives container removal.",
+    )
+
+    @default("prefix")
+    def _default_prefix(self):
+        return "workshop"
+
+    @default("remove")
+    def _default_remove(self):
+        # Containers are disposable; the home volume is what persists.
+        return True
+
+    @default("host_ip")
+    def _default_host_ip(self):
+        return "127.0.0.1"
+
+    @default("volumes")
+    def _default_volumes(self):
+        return {self.home_volume_template: self.home_dir}
+
+    @default("notebook_dir")
+    def _default_notebook_dir(self):
+        return self.home_dir
+
+    @default("extra_host_config")
+    def _default_extra_host_config(self):
+        return self.hardened_host_config
+
+    @default("extra_create_kwargs")
+    def _default_extra_create_kwargs(self):
+        return self.identity_create_kwargs
+
+    @property
+    def uid(self) -> int:
+        """Numeric uid (and gid) this attendee's processes run as."""
+        return self.uid_base + self.user.id
+
+    @property
+    def home_dir(self) -> str:
+        return f"{HOME_ROOT}/{self.user.name}"
+
+    @property
+    def home_volume(self) -> str:
+        return self.format_volume_name(self.home_volume_template, self)
+
+    def hardened_host_config(self, spawner=None) -> dict:
+        """Host-config settings that bound and lock down the container."""
+        config = {
+            "pids_limit": self.pids_limit,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "init": False,  # the image runs tini as PID 1 itself
+        }
+        if self.mem_limit:
+            # Equal memory and memory+swap: the container gets no swap at all.
+            config["memswap_limit"] = self.mem_limit
+        return config
+
+    def identity_create_kwargs(self, spawner=None) -> dict:
+        """Run as the attendee's own uid, in their home directory."""
+        return {
+            "user": f"{self.uid}:{self.uid}",
+            "working_dir": self.home_dir,
+            "labels": {
+                "org.workshop.role": "attendee",
+                "org.workshop.user": self.user.name,
+            },
+        }
+
+    def get_env(self):
+        env = super().get_env()
+        env.update(
+            NB_USER=self.user.name,
+            HOME=self.home_dir,
+            NB_UID=str(self.uid),
+        )
+        return env
+
+    async def create_object(self):
+        await self._prepare_home_volume()
+        return await super().create_object()
+
+    async def _prepare_home_volume(self):
+        """Create the home volume owned by the attendee's uid, once."""
+        name = self.home_volume
+        volumes = await self.docker("volumes", filters={"name": name})
+        existing = [v for v in (volumes.get("Volumes") or []) if v["Name"] == name]
+        if existing and existing[0].get("Labels", {}).get("org.workshop.uid") == str(self.uid):
+            return
+        if not existing:
+            await self.docker(
+                "create_volume",
+                name=name,
+                labels={"org.workshop.user": self.user.name, "org.workshop.uid": str(self.uid)},
+            )
+        # A new volume is root-owned. A short-lived container with only the
+        # capabilities needed hands it to the attendee; it has no network.
+        script = f"chmod 0700 /mnt/home && chown -R {self.uid}:{self.uid} /mnt/home"
+        host_config = self.client.create_host_config(
+            binds={name: {"bind": "/mnt/home", "mode": "rw"}},
+            cap_drop=["ALL"],
+            cap_add=["CHOWN", "FOWNER"],
+            security_opt=["no-new-privileges"],
+            network_mode="none",
+        )
+        container = await self.docker(
+            "create_container",
+            image=self.image,
+            entrypoint=["/bin/sh", "-c"],
+            command=[script],
+            user="0:0",
+            host_config=host_config,
+            labels={"org.workshop.role": "home-setup"},
+        )
+        try:
+            await self.docker("start", container["Id"])
+            result = await self.docker("wait", container["Id"], timeout=60)
+            if result.get("StatusCode") != 0:
+                logs = await self.docker("logs", container["Id"])
+                raise RuntimeError(f"preparing home volume {name} failed: {logs.decode(errors='replace')}")
+        finally:
+            await self.docker("remove_container", container["Id"], force=True)
+        if existing:
+            self.log.warning("home volume %s had another owner; handed it to uid %s", name, self.uid)
+        self.log.info("home volume %s ready for uid %s", name, self.uid)
