@@ -159,7 +159,7 @@ def write_test_config(workdir: Path, **overrides) -> tuple[Path, dict]:
             "api_port": free_port(),
             "state_dir": "state",
             "network": "workshop-test-attendees",
-            "idle_timeout": 0,
+            "idle_timeout": 3600,
             "uid_base": 30000,
             "start_timeout": 240,
         },

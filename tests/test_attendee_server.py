@@ -251,3 +251,21 @@ def test_stopped_attendee_home_volume_survives_container_removal(hub, docker_cli
     assert len(volumes) == 1
     r = requests.get(f"{hub.api_url}/users/{name}", headers={"Authorization": f"token {hub.api_token}"}, timeout=10)
     assert r.json()["servers"] == {}
+
+
+def test_idle_culler_runs_as_a_hub_service_with_only_its_scopes(hub):
+    import os
+
+    import requests
+
+    service = hub.api("GET", "/services/idle-culler").json()
+    assert service["roles"] == ["idle-culler"]
+    assert service["pid"], "the hub should have started the culler process"
+    # Ask the hub what the culler's own token may do (tests run as root, so
+    # the culler's environment is readable here).
+    env = dict(kv.split("=", 1) for kv in
+               open(f"/proc/{service['pid']}/environ").read().split("\0") if "=" in kv)
+    me = requests.get(f"{hub.api_url}/user", timeout=10,
+                      headers={"Authorization": f"token {env['JUPYTERHUB_API_TOKEN']}"}).json()
+    assert me["kind"] == "service" and me["name"] == "idle-culler"
+    assert sorted(me["scopes"]) == ["delete:servers", "list:users", "read:servers", "read:users:activity"], me["scopes"]

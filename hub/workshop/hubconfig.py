@@ -19,7 +19,7 @@ CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:se
 # `workshop status`, the ops tooling and the test-suite act as this service.
 CLI_SCOPES = [
     "admin:users", "admin:servers", "list:users", "read:users", "read:servers",
-    "read:metrics", "read:hub", "tokens", "access:servers",
+    "read:metrics", "read:hub", "read:services", "tokens", "access:servers",
 ]
 
 
