@@ -71,7 +71,7 @@ SCHEMA: dict[str, Any] = {
             "properties": {
                 "name": {"type": "string", "minLength": 1, "default": "Deep Learning Workshop",
                          "description": "Shown on the sign-in page."},
-                "access_code": {"type": ["string", "null"], "minLength": 4, "default": None,
+                "access_code": {"type": ["string", "null"], "minLength": 6, "default": None,
                                 "description": "Code attendees type to sign up. Left empty, one is generated and kept in the state directory."},
                 "attendees": {"type": "integer", "minimum": 1, "default": 24,
                               "description": "How many attendees you expect."},

@@ -71,8 +71,8 @@ def set_authenticator(c, cfg: WorkshopConfig, state: HubState) -> None:
     a = c.WorkshopAuthenticator
     a.access_code = state.access_code(cfg)
     a.event_name = cfg.event.name
+    a.instructors = set(cfg.instructors)
     a.instructor_passwords = state.instructor_passwords(cfg)
-    c.Authenticator.admin_users = set(cfg.instructors)
 
 
 def set_services(c, cfg: WorkshopConfig, state: HubState) -> None:
