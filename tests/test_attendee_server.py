@@ -254,8 +254,6 @@ def test_stopped_attendee_home_volume_survives_container_removal(hub, docker_cli
 
 
 def test_idle_culler_runs_as_a_hub_service_with_only_its_scopes(hub):
-    import os
-
     import requests
 
     service = hub.api("GET", "/services/idle-culler").json()
