@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import WorkshopConfig
+from .network import host_local_addresses
 from .state import HubState
 
 # The least the idle culler needs (jupyterhub-idle-culler 2.x docs).
@@ -65,7 +66,7 @@ def set_spawner(c, cfg: WorkshopConfig) -> None:
     s.uid_base = cfg.hub.uid_base
 
 
-def set_authenticator(c, cfg: WorkshopConfig, state: HubState) -> None:
+def set_authenticator(c, cfg: WorkshopConfig, state: HubState, gateway_ip: str) -> None:
     """Self-registration with the event code; configured instructors are admins."""
     c.JupyterHub.authenticator_class = "workshop.authenticator.WorkshopAuthenticator"
     a = c.WorkshopAuthenticator
@@ -73,6 +74,12 @@ def set_authenticator(c, cfg: WorkshopConfig, state: HubState) -> None:
     a.event_name = cfg.event.name
     a.instructors = set(cfg.instructors)
     a.instructor_passwords = state.instructor_passwords(cfg)
+    # The proxy runs on this host and reaches the hub's gateway address from
+    # one of the host's own addresses (which one is the kernel's choice), so
+    # X-Forwarded-For is trusted from those. Containers connect from their
+    # own bridge addresses and are never trusted.
+    own = {f"{ip}/32" for ip in host_local_addresses()} | {f"{gateway_ip}/32"}
+    a.trusted_proxy_networks = ["127.0.0.0/8", "::1/128", *sorted(own - {"127.0.0.1/32"})]
 
 
 def set_services(c, cfg: WorkshopConfig, state: HubState) -> None:
@@ -96,6 +103,6 @@ def apply(c, cfg: WorkshopConfig, state: HubState, gateway_ip: str) -> None:
     set_state(c, state)
     set_lifecycle(c, cfg)
     set_spawner(c, cfg)
-    set_authenticator(c, cfg, state)
+    set_authenticator(c, cfg, state, gateway_ip)
     set_services(c, cfg, state)
     c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]

@@ -46,3 +46,20 @@ def gateway_ip(net) -> str:
         if gw:
             return gw
     raise NetworkError(f"docker network {net.name!r} has no gateway address; recreate it")
+
+
+def host_local_addresses() -> list[str]:
+    """Every IPv4 address assigned to this host's interfaces (from /proc/net/fib_trie)."""
+    found: list[str] = []
+    last = None
+    try:
+        with open("/proc/net/fib_trie") as f:
+            for line in f:
+                text = line.strip()
+                if text.startswith("|--"):
+                    last = text[3:].strip()
+                elif "/32 host LOCAL" in text and last and last not in found:
+                    found.append(last)
+    except OSError:
+        pass
+    return found

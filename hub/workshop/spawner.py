@@ -50,13 +50,21 @@ class WorkshopSpawner(DockerSpawner):
         # Containers are disposable; the home volume is what persists.
         return True
 
+    @default("use_internal_ip")
+    def _default_use_internal_ip(self):
+        # Publish on the host's loopback instead: the proxy reaches the server
+        # there, and nothing on the bridge needs to reach it.
+        return False
+
     @default("host_ip")
     def _default_host_ip(self):
         return "127.0.0.1"
 
     @default("volumes")
     def _default_volumes(self):
-        return {self.home_volume_template: self.home_dir}
+        # nocopy: otherwise Docker stamps the (root-owned) working directory's
+        # ownership onto a still-empty volume, undoing the hand-over below.
+        return {self.home_volume_template: {"bind": self.home_dir, "mode": "rw,nocopy"}}
 
     @default("notebook_dir")
     def _default_notebook_dir(self):
