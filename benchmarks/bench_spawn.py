@@ -34,8 +34,9 @@ def time_to_ready(hub, name: str, password: str, timeout: float = 600) -> float:
     session = login(hub.url, name, password)
     session.get(f"{hub.url}/hub/spawn/{name}", timeout=timeout, allow_redirects=False)
     while time.monotonic() - t0 < timeout:
-        r = session.get(f"{hub.url}/user/{name}/api/status", timeout=30, allow_redirects=False)
-        if r.status_code == 200 and r.headers.get("content-type", "").startswith("application/json"):
+        # What a browser does: open JupyterLab, following the OAuth hand-off.
+        r = session.get(f"{hub.url}/user/{name}/lab", timeout=60)
+        if r.status_code == 200 and r.url.startswith(f"{hub.url}/user/{name}/lab"):
             return time.monotonic() - t0
         time.sleep(0.25)
     raise TimeoutError(f"{name} not ready after {timeout}s")
