@@ -14,6 +14,16 @@ def workshop(*args, timeout=120):
     return r.returncode, r.stdout + r.stderr
 
 
+def config_on_a_free_port(hub, tmp_path):
+    """The test hub's workshop.yaml, moved to a free port and a fresh state dir."""
+    settings = yaml.safe_load(hub.config_path.read_text())
+    settings["hub"]["port"] = free_port()
+    settings["hub"]["state_dir"] = str(tmp_path / "state")
+    other = tmp_path / "workshop.yaml"
+    other.write_text(yaml.safe_dump(settings))
+    return other
+
+
 def test_status_shows_the_hub_and_each_attendee_server(hub):
     name, _, _ = hub.new_attendee("stat")
     hub.start_server(name)
@@ -34,22 +44,14 @@ def test_check_passes_on_a_ready_host_and_names_a_busy_port(hub, tmp_path):
     assert "is built and up to date" in out
     assert f"port {hub.settings['hub']['port']} on 127.0.0.1 is in use" in out
 
-    settings = yaml.safe_load(hub.config_path.read_text())
-    settings["hub"]["port"] = free_port()
-    settings["hub"]["state_dir"] = str(tmp_path / "state")
-    other = tmp_path / "workshop.yaml"
-    other.write_text(yaml.safe_dump(settings))
+    other = config_on_a_free_port(hub, tmp_path)
     code, out = workshop("-c", str(other), "check")
     assert code == 0, out
     assert "all checks passed" in out
 
 
 def test_status_says_how_to_start_a_hub_that_is_not_running(tmp_path, hub):
-    settings = yaml.safe_load(hub.config_path.read_text())
-    settings["hub"]["port"] = free_port()
-    settings["hub"]["state_dir"] = str(tmp_path / "state")
-    other = tmp_path / "workshop.yaml"
-    other.write_text(yaml.safe_dump(settings))
+    other = config_on_a_free_port(hub, tmp_path)
     code, out = workshop("-c", str(other), "status")
     assert code == 1
     assert "not answering" in out and "workshop up" in out
