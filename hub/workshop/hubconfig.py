@@ -64,6 +64,7 @@ def set_spawner(c, cfg: WorkshopConfig) -> None:
     s.mem_limit = cfg.limits.memory
     s.pids_limit = cfg.limits.pids
     s.uid_base = cfg.hub.uid_base
+    s.environment = {"NBGRADER_COURSE_ID": cfg.course.id}
 
 
 def set_authenticator(c, cfg: WorkshopConfig, state: HubState, gateway_ip: str) -> None:
