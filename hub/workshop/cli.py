@@ -113,7 +113,7 @@ def cmd_build_image(args) -> int:
     # Hosts behind a TLS-intercepting proxy usually already point pip or
     # requests at the proxy's CA; reuse that rather than asking again.
     ca = (args.ca_bundle or cfg.image.ca_bundle or os.environ.get("PIP_CERT")
-          or os.environ.get("REQUESTS_CA_BUNDLE") or None)
+          or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or None)
     if ca and not Path(ca).is_file():
         raise SystemExit(f"error: CA bundle {ca} is not a file; pass --ca-bundle PATH or unset PIP_CERT")
     _docker_client()
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="show the hub and attendee servers").set_defaults(func=cmd_status)
     sub.add_parser("check", help="preflight checks with a verdict each").set_defaults(func=cmd_check)
     b = sub.add_parser("build-image", help="build the attendee image")
-    b.add_argument("--ca-bundle", help="PEM CA bundle for a TLS-intercepting proxy (default: image.ca_bundle, then $PIP_CERT, then $REQUESTS_CA_BUNDLE)")
+    b.add_argument("--ca-bundle", help="PEM CA bundle for a TLS-intercepting proxy (default: image.ca_bundle, then $PIP_CERT, $REQUESTS_CA_BUNDLE or $SSL_CERT_FILE)")
     b.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     b.set_defaults(func=cmd_build_image)
     return parser
