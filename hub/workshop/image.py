@@ -295,6 +295,9 @@ def _run_build(client, ctx: Path, name: str, base_ref: str, want: str, base: str
                             log.flush()
                         else:
                             tail.append(line)
+                            if line.startswith("[warm"):
+                                # The Theano warm-up is the longest step; show its progress.
+                                progress("    " + line.strip())
                         if line.startswith("Successfully built "):
                             image_id = line.split()[-1]
                 elif "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
