@@ -18,6 +18,7 @@ from .config import ConfigError, HostFacts, WorkshopConfig, format_size
 from .state import state_for
 
 OK, FAIL, WARN = "ok  ", "FAIL", "warn"
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 
 
 def _load(args, check_host: bool = True) -> WorkshopConfig:
@@ -110,10 +111,12 @@ def cmd_build_image(args) -> int:
     from . import image as imagemod
 
     cfg = _load(args, check_host=False)
-    # Hosts behind a TLS-intercepting proxy usually already point pip or
-    # requests at the proxy's CA; reuse that rather than asking again.
+    # Hosts behind a TLS-intercepting proxy already trust its CA, through
+    # pip's or requests' settings or the system store; the build reuses that.
+    # On other hosts the system store is just the public CAs, so this is harmless.
     ca = (args.ca_bundle or cfg.image.ca_bundle or os.environ.get("PIP_CERT")
-          or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or None)
+          or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+          or next((p for p in SYSTEM_CA_BUNDLES if Path(p).is_file()), None))
     if ca and not Path(ca).is_file():
         raise SystemExit(f"error: CA bundle {ca} is not a file; pass --ca-bundle PATH or unset PIP_CERT")
     _docker_client()
@@ -197,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="show the hub and attendee servers").set_defaults(func=cmd_status)
     sub.add_parser("check", help="preflight checks with a verdict each").set_defaults(func=cmd_check)
     b = sub.add_parser("build-image", help="build the attendee image")
-    b.add_argument("--ca-bundle", help="PEM CA bundle for a TLS-intercepting proxy (default: image.ca_bundle, then $PIP_CERT, $REQUESTS_CA_BUNDLE or $SSL_CERT_FILE)")
+    b.add_argument("--ca-bundle", help="PEM CA bundle for a TLS-intercepting proxy (default: image.ca_bundle, then $PIP_CERT, $REQUESTS_CA_BUNDLE, $SSL_CERT_FILE, then the system CA store)")
     b.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     b.set_defaults(func=cmd_build_image)
     return parser
