@@ -98,6 +98,25 @@ SCHEMA: dict[str, Any] = {
             },
             "default": {},
         },
+        "capacity": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "reserve_cpu": {"type": "number", "minimum": 0, "default": 0.5,
+                                "description": "Cores kept for the hub, proxy, monitoring and sshd; attendees together never get more than the rest."},
+                "reserve_memory": {"type": ["string", "integer"], "default": "2G",
+                                   "description": "RAM kept for the system in the same way, like 2G."},
+                "cpu_overcommit": {"type": "number", "minimum": 1, "default": 8,
+                                   "description": "How many attendee CPU limits may share one budget core; attendees are mostly idle, and busy ones share fairly."},
+                "instructor_seats": {"type": "integer", "minimum": 0, "default": 2,
+                                     "description": "Seats held back for instructors, who are always admitted."},
+                "min_free_memory": {"type": ["string", "integer"], "default": "1G",
+                                    "description": "Refuse new attendee servers while the host has less available memory than this."},
+                "cgroup_parent": {"type": "string", "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", "default": "workshop-attendees",
+                                  "description": "Parent cgroup of all attendee containers (cgroup v1: a cgroupfs group; v2 with systemd: <name>.slice)."},
+            },
+            "default": {},
+        },
         "image": {
             "type": "object",
             "additionalProperties": False,
@@ -228,6 +247,16 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class CapacitySettings:
+    reserve_cpu: float
+    reserve_memory: int
+    cpu_overcommit: float
+    instructor_seats: int
+    min_free_memory: int
+    cgroup_parent: str
+
+
+@dataclass(frozen=True)
 class Image:
     name: str
     base: str
@@ -260,6 +289,7 @@ class WorkshopConfig:
     event: Event
     instructors: tuple[str, ...]
     limits: Limits
+    capacity: CapacitySettings
     image: Image
     course: Course
     hub: Hub
@@ -290,11 +320,24 @@ def from_dict(data: Any, base_dir: Path | None = None, host: HostFacts | None = 
                 problems.append(f"limits.memory: {data['limits']['memory']!r} is too small for JupyterLab; use at least 256M")
         except ConfigError as e:
             problems.extend(e.problems)
+    sizes = {}
+    for key in ("reserve_memory", "min_free_memory"):
+        if not any(p.startswith(f"capacity.{key}") for p in problems):
+            try:
+                sizes[key] = parse_size(data["capacity"][key], f"capacity.{key}")
+            except ConfigError as e:
+                problems.extend(e.problems)
     if host is not None and not problems:
         cpu = data["limits"]["cpu"]
         if cpu > host.cpus:
             problems.append(f"limits.cpu: {cpu} is more than this host's {host.cpus:g} cores; "
                             f"set it to {host.cpus:g} or less")
+        if data["capacity"]["reserve_cpu"] >= host.cpus:
+            problems.append(f"capacity.reserve_cpu: {data['capacity']['reserve_cpu']} leaves no CPU for attendees on this "
+                            f"host's {host.cpus:g} cores; keep it below {host.cpus:g}, e.g. 0.5")
+        if sizes["reserve_memory"] >= host.memory:
+            problems.append(f"capacity.reserve_memory: {data['capacity']['reserve_memory']!r} leaves no RAM for attendees "
+                            f"on this host's {format_size(host.memory)}; e.g. 2G")
         if memory is not None and memory > host.memory:
             problems.append(f"limits.memory: {data['limits']['memory']!r} is more than this host's "
                             f"{format_size(host.memory)} of RAM; set it to {format_size(host.memory // 2)} or less")
@@ -315,6 +358,9 @@ def from_dict(data: Any, base_dir: Path | None = None, host: HostFacts | None = 
         event=Event(**data["event"]),
         instructors=tuple(data["instructors"]),
         limits=Limits(cpu=float(data["limits"]["cpu"]), memory=memory, pids=data["limits"]["pids"]),
+        capacity=CapacitySettings(**{**data["capacity"], **sizes,
+                                     "reserve_cpu": float(data["capacity"]["reserve_cpu"]),
+                                     "cpu_overcommit": float(data["capacity"]["cpu_overcommit"])}),
         image=Image(name=data["image"]["name"], base=data["image"]["base"],
                     ca_bundle=Path(ca) if ca else None),
         course=Course(**data["course"]),
