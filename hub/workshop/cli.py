@@ -79,6 +79,12 @@ def cmd_check(args) -> int:
     except ConfigError as e:
         print(f"[{FAIL}] {e}")
         return 1
+    from . import capacity
+
+    cap = capacity.plan(cfg, HostFacts.detect())
+    fits, message = capacity.event_fits(cfg, cap)
+    results.append((OK if fits else WARN, f"capacity: {cap.seats} seats ({cap.bound} bound), "
+                                          f"{cap.attendee_seats} for attendees; {message}"))
     try:
         client = _docker_client()
         results.append((OK, f"Docker engine reachable (server {client.version().get('Version')})"))
@@ -104,6 +110,15 @@ def cmd_check(args) -> int:
     failed = sum(v == FAIL for v, _ in results)
     print(f"\n{'all checks passed' if not failed else f'{failed} check(s) failed'}")
     return 1 if failed else 0
+
+
+def cmd_capacity(args) -> int:
+    """How many attendees this host holds, with the arithmetic, and common hosts."""
+    from . import capacity
+
+    cfg = _load(args)
+    print(capacity.report(cfg, HostFacts.detect()))
+    return 0
 
 
 def cmd_build_image(args) -> int:
@@ -199,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="run the hub in the foreground").set_defaults(func=cmd_up)
     sub.add_parser("status", help="show the hub and attendee servers").set_defaults(func=cmd_status)
     sub.add_parser("check", help="preflight checks with a verdict each").set_defaults(func=cmd_check)
+    sub.add_parser("capacity", help="seats this host holds, with the reasoning").set_defaults(func=cmd_capacity)
     b = sub.add_parser("build-image", help="build the attendee image")
     b.add_argument("--ca-bundle", help="PEM CA bundle for a TLS-intercepting proxy (default: image.ca_bundle, then $PIP_CERT, $REQUESTS_CA_BUNDLE, $SSL_CERT_FILE, then the system CA store)")
     b.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
