@@ -64,7 +64,9 @@ def main() -> int:
     client = docker.from_env()
     workdir = Path(tempfile.mkdtemp(prefix="bench-spawn-"))
     hub = start_hub(workdir, limits={"cpu": args.cpu, "memory": args.memory, "pids": 512},
-                    hub={"concurrent_spawn_limit": max(20, args.herd)})
+                    hub={"concurrent_spawn_limit": max(20, args.herd)},
+                    # Measure spawning, not admission: no seats held back.
+                    capacity={"instructor_seats": 0, "cpu_overcommit": 16})
     print(f"hub at {hub.url}; limits {args.cpu} CPU, {args.memory} per attendee; host {client.info()['NCPU']} CPUs")
     try:
         singles = []

@@ -153,10 +153,13 @@ def write_test_config(workdir: Path, **overrides) -> tuple[Path, dict]:
         "instructors": ["teacher"],
         "limits": {"cpu": 1.0, "memory": "768M", "pids": 256},
         "image": {"name": IMAGE},
+        # Its own parent cgroup, so tests never re-cap an instructor's hub here.
+        "capacity": {"cgroup_parent": "workshop-test-attendees"},
         "hub": {
             "ip": "127.0.0.1",
             "port": free_port(),
             "api_port": free_port(),
+            "proxy_api_port": free_port(),
             "state_dir": "state",
             "network": "workshop-test-attendees",
             "idle_timeout": 3600,

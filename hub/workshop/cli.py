@@ -69,6 +69,29 @@ def _port_free(ip: str, port: int) -> bool:
     return True
 
 
+def _cgroup_checks(cfg: WorkshopConfig) -> list[tuple[str, str]]:
+    """Verdicts on the attendees' parent cgroup and the hub's OOM protection."""
+    from . import capacity, cgroups
+
+    verdicts = {"ok": OK, "warn": WARN, "fail": FAIL}
+    plan = capacity.plan(cfg, HostFacts.detect())
+    return [(verdicts[v], msg) for v, msg in cgroups.check(cfg, plan)]
+
+
+def _prepare_host_resources(cfg: WorkshopConfig) -> None:
+    """Cap all attendees together in their parent cgroup; put the hub last in the OOM killer's line."""
+    from . import capacity, cgroups
+
+    try:
+        cgroups.ensure_parent(cfg, capacity.plan(cfg, HostFacts.detect()))
+    except cgroups.CgroupError as e:
+        raise SystemExit(f"error: {e}") from None
+    # Set on this process, it survives the exec and is inherited by the proxy and services.
+    warning = cgroups.protect_from_oom()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+
 def cmd_check(args) -> int:
     """Preflight: every check prints a verdict; exit 1 if any failed."""
     results: list[tuple[str, str]] = []
@@ -90,6 +113,7 @@ def cmd_check(args) -> int:
         results.append((OK, f"Docker engine reachable (server {client.version().get('Version')})"))
         present, msg = _image_status(client, cfg)
         results.append((OK if "up to date" in msg else (WARN if present else FAIL), msg))
+        results += _cgroup_checks(cfg)
     except SystemExit as e:
         results.append((FAIL, str(e).removeprefix("error: ")))
     chp = shutil.which("configurable-http-proxy")
@@ -156,6 +180,7 @@ def cmd_up(args) -> int:
     if not _port_free(cfg.hub.ip, cfg.hub.port):
         raise SystemExit(f"error: port {cfg.hub.port} on {cfg.hub.ip} is in use; is the hub already running? "
                          "Stop it, or set hub.port in workshop.yaml")
+    _prepare_host_resources(cfg)
 
     code = state.access_code(cfg)
     lines = [

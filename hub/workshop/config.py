@@ -149,6 +149,8 @@ SCHEMA: dict[str, Any] = {
                          "description": "Public port attendees open in their browser."},
                 "api_port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 8081,
                              "description": "Hub API port, bound to the attendee network's gateway only."},
+                "proxy_api_port": {"type": "integer", "minimum": 1, "maximum": 65535, "default": 8001,
+                                   "description": "configurable-http-proxy's REST API, on 127.0.0.1 only."},
                 "state_dir": {"type": "string", "default": "state",
                               "description": "Secrets, database and generated passwords; relative paths are relative to this file."},
                 "network": {"type": "string", "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$", "default": "workshop-attendees",
@@ -273,6 +275,7 @@ class Hub:
     ip: str
     port: int
     api_port: int
+    proxy_api_port: int
     state_dir: Path
     network: str
     start_timeout: int
@@ -342,8 +345,11 @@ def from_dict(data: Any, base_dir: Path | None = None, host: HostFacts | None = 
             problems.append(f"limits.memory: {data['limits']['memory']!r} is more than this host's "
                             f"{format_size(host.memory)} of RAM; set it to {format_size(host.memory // 2)} or less")
     hub = data["hub"]
-    if hub["port"] == hub["api_port"]:
-        problems.append(f"hub.api_port: {hub['api_port']} is the same as hub.port; pick another port, e.g. 8081")
+    ports = {}
+    for key in ("port", "api_port", "proxy_api_port"):
+        if isinstance(hub[key], int) and hub[key] in ports:
+            problems.append(f"hub.{key}: {hub[key]} is the same as hub.{ports[hub[key]]}; pick a different port")
+        ports.setdefault(hub[key], key)
     ca = data["image"]["ca_bundle"]
     if ca and not Path(ca).is_file():
         problems.append(f"image.ca_bundle: {ca!r} is not a file; give the path of a PEM CA bundle or remove the key")

@@ -11,7 +11,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .config import WorkshopConfig
+from . import capacity, cgroups
+from .config import HostFacts, WorkshopConfig
 from .network import host_local_addresses
 from .state import HubState
 
@@ -31,6 +32,7 @@ def set_network(c, cfg: WorkshopConfig, gateway_ip: str) -> None:
     c.JupyterHub.hub_ip = gateway_ip
     c.JupyterHub.hub_connect_ip = gateway_ip
     c.JupyterHub.hub_port = cfg.hub.api_port
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{cfg.hub.proxy_api_port}"
 
 
 def set_state(c, state: HubState) -> None:
@@ -67,6 +69,18 @@ def set_spawner(c, cfg: WorkshopConfig) -> None:
     s.environment = {"NBGRADER_COURSE_ID": cfg.course.id}
 
 
+def set_admission(c, cfg: WorkshopConfig, host: HostFacts) -> None:
+    """Seat budget and memory floor from the capacity model."""
+    cap = capacity.plan(cfg, host)
+    c.WorkshopSpawner.attendee_seats = cap.attendee_seats
+    c.WorkshopSpawner.min_free_memory = cfg.capacity.min_free_memory
+
+
+def set_cgroups(c, cfg: WorkshopConfig, mode: cgroups.CgroupMode | None = None) -> None:
+    """Attendee containers go into the parent cgroup that `workshop up` capped (cgroups.ensure_parent)."""
+    c.WorkshopSpawner.cgroup_parent = cgroups.docker_parent(cfg, mode or cgroups.detect())
+
+
 def set_authenticator(c, cfg: WorkshopConfig, state: HubState, gateway_ip: str) -> None:
     """Self-registration with the event code; configured instructors are admins."""
     c.JupyterHub.authenticator_class = "workshop.authenticator.WorkshopAuthenticator"
@@ -98,12 +112,14 @@ def set_services(c, cfg: WorkshopConfig, state: HubState) -> None:
     c.JupyterHub.load_roles = roles
 
 
-def apply(c, cfg: WorkshopConfig, state: HubState, gateway_ip: str) -> None:
+def apply(c, cfg: WorkshopConfig, state: HubState, gateway_ip: str, host: HostFacts | None = None) -> None:
     """Set every JupyterHub option the workshop controls."""
     set_network(c, cfg, gateway_ip)
     set_state(c, state)
     set_lifecycle(c, cfg)
     set_spawner(c, cfg)
+    set_cgroups(c, cfg)
+    set_admission(c, cfg, host or HostFacts.detect())
     set_authenticator(c, cfg, state, gateway_ip)
     set_services(c, cfg, state)
     c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates")]

@@ -9,13 +9,18 @@ config mapping; this module only decides how a container is locked down:
   file ownership keeps attendees apart on shared mounts such as nbgrader's
   exchange;
 - a named home volume that outlives the container;
-- the server port published on 127.0.0.1 only (DockerSpawner's host_ip).
+- the server port published on 127.0.0.1 only (DockerSpawner's host_ip);
+- inside the parent cgroup that caps all attendees together, with an equal
+  CPU weight, and ahead of the hub in the OOM killer's line.
 """
 
 from __future__ import annotations
 
 from dockerspawner import DockerSpawner
 from traitlets import Integer, Unicode, default
+
+from . import admission
+from .cgroups import ATTENDEE_OOM_SCORE_ADJ
 
 HOME_ROOT = "/home"
 
@@ -39,6 +44,37 @@ class WorkshopSpawner(DockerSpawner):
         "workshop-home-{username}",
         config=True,
         help="Name of the Docker volume holding an attendee's home; it survives container removal.",
+    )
+
+    cgroup_parent = Unicode(
+        "",
+        config=True,
+        help="Docker cgroup_parent of attendee containers: the group capping all attendees together "
+             "(set from cgroups.ensure_parent's answer); empty leaves Docker's default.",
+    )
+
+    cpu_shares = Integer(
+        1024,
+        config=True,
+        help="CPU weight of every attendee container; equal weights split the parent's quota evenly among busy attendees.",
+    )
+
+    oom_score_adj = Integer(
+        ATTENDEE_OOM_SCORE_ADJ,
+        config=True,
+        help="OOM-killer bias of attendee containers; positive so that the kernel kills them before the hub.",
+    )
+
+    attendee_seats = Integer(
+        -1,
+        config=True,
+        help="Attendee servers that may run at once (from the capacity model); -1 turns the seat check off.",
+    )
+
+    min_free_memory = Integer(
+        0,
+        config=True,
+        help="Bytes of available host memory below which no new attendee server starts; 0 turns it off.",
     )
 
     @default("prefix")
@@ -98,11 +134,19 @@ class WorkshopSpawner(DockerSpawner):
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "init": False,  # the image runs tini as PID 1 itself
+            "cpu_shares": self.cpu_weight(),
+            "oom_score_adj": self.oom_score_adj,
         }
+        if self.cgroup_parent:
+            config["cgroup_parent"] = self.cgroup_parent
         if self.mem_limit:
             # Equal memory and memory+swap: the container gets no swap at all.
             config["memswap_limit"] = self.mem_limit
         return config
+
+    def cpu_weight(self) -> int:
+        """The CPU weight this container starts with; the one place to change it (e.g. a start-up boost)."""
+        return self.cpu_shares
 
     def identity_create_kwargs(self, spawner=None) -> dict:
         """Run as the attendee's own uid, in their home directory."""
@@ -123,6 +167,28 @@ class WorkshopSpawner(DockerSpawner):
             NB_UID=str(self.uid),
         )
         return env
+
+    async def start(self):
+        self.admit()
+        return await super().start()
+
+    def admit(self) -> None:
+        """Raise the refusal page's error if admission control turns this spawn away."""
+        if self.attendee_seats < 0 and not self.min_free_memory:
+            return
+        request = admission.Request(
+            username=self.user.name,
+            is_instructor=bool(self.user.admin),
+            active_attendee_servers=admission.active_attendee_servers(self.user.settings["users"], self.user.name),
+            available_memory=admission.available_memory(),
+        )
+        seats = self.attendee_seats if self.attendee_seats >= 0 else 1 << 30
+        refusal = admission.decide(request, seats, self.min_free_memory)
+        if refusal is not None:
+            admission.REFUSALS.labels(reason=refusal.reason_code).inc()
+            self.log.warning("admission refused %s (%s): %s", self.user.name, refusal.reason_code,
+                             refusal.jupyterhub_message)
+            raise refusal
 
     async def create_object(self):
         await self._prepare_home_volume()
