@@ -125,6 +125,16 @@ def test_every_attendee_process_runs_inside_the_parent(hub_config, mode, attende
 
 
 def test_attendees_have_equal_cpu_weight_and_go_first_when_memory_runs_out(attendee_containers):
+    import time
+
+    # Once their start-up boost is over, every attendee has the same weight.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for container in attendee_containers:
+            container.reload()
+        if all(c.attrs["HostConfig"]["CpuShares"] == 1024 for c in attendee_containers):
+            break
+        time.sleep(0.5)
     weights = set()
     for container in attendee_containers:
         hc = container.attrs["HostConfig"]
@@ -191,3 +201,29 @@ def test_two_busy_attendees_split_a_one_core_parent_evenly(docker_client, mode, 
     # ...split evenly, because both have the same weight.
     shares = [u / total for u in used]
     assert all(0.35 <= s <= 0.65 for s in shares), f"shares {shares}"
+
+
+def test_a_starting_server_gets_a_cpu_boost_that_ends_once_it_answers(hub, docker_client):
+    import time
+
+    name, _, _ = hub.new_attendee("boost")
+    hub.api("POST", f"/users/{name}/server")
+    seen = None
+    deadline = time.monotonic() + 60
+    while seen is None and time.monotonic() < deadline:
+        found = docker_client.containers.list(filters={"label": f"org.workshop.user={name}"})
+        if found:
+            seen = found[0].attrs["HostConfig"]["CpuShares"]
+        time.sleep(0.1)
+    assert seen == 8192, "a new container starts with the boosted CPU weight"
+    hub.wait_ready(name)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        container = docker_client.containers.list(filters={"label": f"org.workshop.user={name}"})[0]
+        if container.attrs["HostConfig"]["CpuShares"] == 1024 and \
+                f"start-up boost of {name} over after" in hub.log_tail(400):
+            break
+        time.sleep(0.5)
+    assert container.attrs["HostConfig"]["CpuShares"] == 1024, "the boost ends once the server answers"
+    assert f"start-up boost of {name} over after" in hub.log_tail(400)
+    hub.stop_server(name)

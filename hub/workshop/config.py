@@ -112,6 +112,8 @@ SCHEMA: dict[str, Any] = {
                                      "description": "Seats held back for instructors, who are always admitted."},
                 "min_free_memory": {"type": ["string", "integer"], "default": "1G",
                                     "description": "Refuse new attendee servers while the host has less available memory than this."},
+                "startup_cpu_shares": {"type": "integer", "minimum": 0, "maximum": 262144, "default": 8192,
+                                       "description": "CPU weight of a starting server (normal: 1024) until it answers; 0 turns the boost off."},
                 "cgroup_parent": {"type": "string", "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", "default": "workshop-attendees",
                                   "description": "Parent cgroup of all attendee containers (cgroup v1: a cgroupfs group; v2 with systemd: <name>.slice)."},
             },
@@ -255,6 +257,7 @@ class CapacitySettings:
     cpu_overcommit: float
     instructor_seats: int
     min_free_memory: int
+    startup_cpu_shares: int
     cgroup_parent: str
 
 

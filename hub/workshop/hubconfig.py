@@ -67,6 +67,7 @@ def set_spawner(c, cfg: WorkshopConfig) -> None:
     s.pids_limit = cfg.limits.pids
     s.uid_base = cfg.hub.uid_base
     s.environment = {"NBGRADER_COURSE_ID": cfg.course.id}
+    s.startup_cpu_shares = cfg.capacity.startup_cpu_shares
 
 
 def set_admission(c, cfg: WorkshopConfig, host: HostFacts) -> None:

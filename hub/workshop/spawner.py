@@ -16,7 +16,11 @@ config mapping; this module only decides how a container is locked down:
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from dockerspawner import DockerSpawner
+from jupyterhub.utils import wait_for_http_server
 from traitlets import Integer, Unicode, default
 
 from . import admission
@@ -57,6 +61,20 @@ class WorkshopSpawner(DockerSpawner):
         1024,
         config=True,
         help="CPU weight of every attendee container; equal weights split the parent's quota evenly among busy attendees.",
+    )
+
+    startup_cpu_shares = Integer(
+        8192,
+        config=True,
+        help="CPU weight of a container while its server starts (8x the normal 1024 by default), so a late "
+             "attendee starts quickly on a busy host; dropped to cpu_shares once the server answers. "
+             "0 turns the boost off.",
+    )
+
+    startup_boost_seconds = Integer(
+        120,
+        config=True,
+        help="Longest time a start-up boost lasts if the server never answers.",
     )
 
     oom_score_adj = Integer(
@@ -145,8 +163,23 @@ class WorkshopSpawner(DockerSpawner):
         return config
 
     def cpu_weight(self) -> int:
-        """The CPU weight this container starts with; the one place to change it (e.g. a start-up boost)."""
-        return self.cpu_shares
+        """The CPU weight this container starts with: boosted until its server answers."""
+        return max(self.cpu_shares, self.startup_cpu_shares)
+
+    async def _end_startup_boost(self, ip: str, port: int) -> None:
+        """Wait until the new server answers (or the boost times out), then drop to the normal weight."""
+        started = time.monotonic()
+        url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}api"
+        try:
+            await wait_for_http_server(url, timeout=self.startup_boost_seconds)
+        except Exception as e:  # timeout or connection trouble: the boost ends either way
+            self.log.info("start-up boost of %s ends without an answer from %s: %s", self.user.name, url, e)
+        try:
+            await self.docker("update_container", self.container_id, cpu_shares=self.cpu_shares)
+            self.log.info("start-up boost of %s over after %.1f s: cpu_shares %d -> %d",
+                          self.user.name, time.monotonic() - started, self.cpu_weight(), self.cpu_shares)
+        except Exception as e:  # the container may be gone already
+            self.log.info("start-up boost of %s not lowered (%s)", self.user.name, e)
 
     def identity_create_kwargs(self, spawner=None) -> dict:
         """Run as the attendee's own uid, in their home directory."""
@@ -170,7 +203,10 @@ class WorkshopSpawner(DockerSpawner):
 
     async def start(self):
         self.admit()
-        return await super().start()
+        ip, port = await super().start()
+        if self.cpu_weight() != self.cpu_shares:
+            self._boost_task = asyncio.ensure_future(self._end_startup_boost(ip, port))
+        return ip, port
 
     def admit(self) -> None:
         """Raise the refusal page's error if admission control turns this spawn away."""
