@@ -1,0 +1,161 @@
+"""A saturated host: how long a late attendee waits, whether the hub stays fast,
+and whether busy attendees share the CPU fairly.
+
+Load: `--greedy` attendees each run 4 CPU-bound processes, one light attendee
+runs 1, all started from their kernels over the Jupyter websocket. While that
+runs, the benchmark measures:
+  - a late attendee's spawn-to-ready (login form to JupyterLab loaded);
+  - hub login-page latency (p50/p95/p99);
+  - each attendee's CPU use from cgroup accounting, and Jain's fairness index;
+  - host available memory.
+It does this twice in one run, with the start-up CPU boost on and off, and
+prints both and the ratio. A JSON copy goes to artifacts/bench_saturation.json.
+
+Not yet here (see the closing note of the issue): the comparison against a
+stock DockerSpawner, the Theano training load, and the PNG plot.
+
+Run: .venv/bin/python benchmarks/bench_saturation.py [--greedy 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import docker  # noqa: E402
+import requests  # noqa: E402
+
+from bench_spawn import new_user, time_to_ready  # noqa: E402
+from harness import ARTIFACTS, remove_user_objects, start_hub  # noqa: E402
+from kernelclient import Kernel  # noqa: E402
+
+BUSY = ("import subprocess, sys\n"
+        "procs = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range({n})]\n"
+        "print(len(procs))")
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def cpu_usage_ns(container) -> int:
+    """Total CPU time of a container from its cgroup (v1 cpuacct or v2 cpu.stat)."""
+    pid = container.attrs["State"]["Pid"]
+    for line in open(f"/proc/{pid}/cgroup"):
+        _, controllers, path = line.strip().split(":", 2)
+        if "cpuacct" in controllers.split(","):
+            return int(open(f"/sys/fs/cgroup/cpuacct{path}/cpuacct.usage").read())
+        if controllers == "":
+            for stat in open(f"/sys/fs/cgroup{path}/cpu.stat"):
+                if stat.startswith("usage_usec"):
+                    return int(stat.split()[1]) * 1000
+    raise RuntimeError(f"no CPU accounting found for {container.name}")
+
+
+def available_memory() -> int:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def login_latencies(url: str, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        requests.get(f"{url}/hub/login", timeout=30).raise_for_status()
+        out.append((time.perf_counter() - t0) * 1000)
+        time.sleep(0.1)
+    return out
+
+
+def run_phase(label: str, boost: int, greedy: int, client) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-sat-{label}-"))
+    hub = start_hub(workdir, limits={"cpu": 1.0, "memory": "1G", "pids": 512},
+                    capacity={"instructor_seats": 0, "cpu_overcommit": 16, "startup_cpu_shares": boost},
+                    hub={"concurrent_spawn_limit": 20})
+    print(f"[{label}] hub at {hub.url}, start-up cpu_shares {boost or 'off'}", flush=True)
+    result: dict = {"label": label, "startup_cpu_shares": boost, "failures": []}
+    kernels = []
+    try:
+        users = [hub.new_attendee("busy")[:2] for _ in range(greedy)] + [hub.new_attendee("light")[:2]]
+        for i, (name, _) in enumerate(users):
+            hub.start_server(name)
+            print(f"[{label}] attendee {i + 1}/{len(users)} ready", flush=True)
+        for i, (name, _) in enumerate(users):
+            k = Kernel(hub.server_url(name), hub.user_token(name))
+            k.run(BUSY.format(n=1 if i == len(users) - 1 else 4))
+            kernels.append(k)
+        containers = {name: client.containers.list(filters={"label": f"org.workshop.user={name}"})[0]
+                      for name, _ in users}
+        time.sleep(5)  # let the load settle
+
+        before = {n: cpu_usage_ns(c) for n, c in containers.items()}
+        t0 = time.monotonic()
+        latencies = login_latencies(hub.url, 50)
+        late_name, late_password = new_user(hub, "late")
+        late = time_to_ready(hub, late_name, late_password)
+        elapsed = time.monotonic() - t0
+        after = {n: cpu_usage_ns(c) for n, c in containers.items()}
+        shares = {n: (after[n] - before[n]) / 1e9 / elapsed for n in containers}
+        xs = list(shares.values())
+        jain = sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))
+        light = users[-1][0]
+        result.update({
+            "late_spawn_s": round(late, 2),
+            "login_ms": {"p50": round(percentile(latencies, 50), 1), "p95": round(percentile(latencies, 95), 1),
+                         "p99": round(percentile(latencies, 99), 1)},
+            "cpu_per_attendee": {n: round(v, 3) for n, v in shares.items()},
+            "cpu_total": round(sum(xs), 3),
+            "light_attendee_cpu": round(shares[light], 3),
+            "fair_share": round(sum(xs) / len(xs), 3),
+            "jain_index": round(jain, 3),
+            "available_memory_gib": round(available_memory() / 2**30, 1),
+        })
+        print(f"[{label}] late attendee ready after {late:.2f} s; login p50 {result['login_ms']['p50']} ms, "
+              f"p95 {result['login_ms']['p95']} ms; Jain {jain:.3f}", flush=True)
+    except Exception as e:
+        result["failures"].append(f"{type(e).__name__}: {e}")
+        print(f"[{label}] failed: {e}", flush=True)
+    finally:
+        for k in kernels:
+            try:
+                k.ws.close()
+            except Exception:
+                pass
+        hub.stop()
+        remove_user_objects(client, hub.created_users)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--greedy", type=int, default=9, help="attendees running 4 busy processes each")
+    parser.add_argument("--boost", type=int, default=8192, help="start-up cpu_shares for the boosted phase")
+    args = parser.parse_args()
+    client = docker.from_env()
+    boosted = run_phase("boost", args.boost, args.greedy, client)
+    plain = run_phase("no-boost", 0, args.greedy, client)
+    print("\n| | start-up boost | no boost |\n|---|---|---|")
+    for key, fmt in (("late_spawn_s", "{} s"), ("jain_index", "{}"), ("cpu_total", "{} CPU"),
+                     ("light_attendee_cpu", "{} CPU"), ("fair_share", "{} CPU")):
+        print(f"| {key} | {fmt.format(boosted.get(key))} | {fmt.format(plain.get(key))} |")
+    for q in ("p50", "p95", "p99"):
+        print(f"| login {q} | {boosted.get('login_ms', {}).get(q)} ms | {plain.get('login_ms', {}).get(q)} ms |")
+    if boosted.get("late_spawn_s") and plain.get("late_spawn_s"):
+        print(f"\nlate spawn: boost is {plain['late_spawn_s'] / boosted['late_spawn_s']:.1f}x faster")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "bench_saturation.json").write_text(json.dumps([boosted, plain], indent=2))
+    failures = boosted["failures"] + plain["failures"]
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
