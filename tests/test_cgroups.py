@@ -231,3 +231,15 @@ def test_a_starting_server_gets_a_cpu_boost_that_ends_once_it_answers(hub, docke
     assert container.attrs["HostConfig"]["CpuShares"] == 1024, "the boost ends once the server answers"
     assert f"start-up boost of {name} over after" in hub.log_tail(400)
     hub.stop_server(name)
+
+
+def test_a_boost_cut_short_by_a_hub_restart_is_ended_by_the_restarted_hub(hub, docker_client):
+    name, _, _ = hub.new_attendee("restart")
+    hub.start_server(name)
+    container = docker_client.containers.list(filters={"label": f"org.workshop.user={name}"})[0]
+    # As if the hub had died while this server was still starting.
+    container.update(cpu_shares=8192)
+    hub.restart()
+    container.reload()
+    assert container.attrs["HostConfig"]["CpuShares"] == 1024
+    hub.stop_server(name)

@@ -166,6 +166,20 @@ class WorkshopSpawner(DockerSpawner):
         """The CPU weight this container starts with: boosted until its server answers."""
         return max(self.cpu_shares, self.startup_cpu_shares)
 
+    async def poll(self):
+        status = await super().poll()
+        if status is None and not self._weight_checked and getattr(self, "_boost_task", None) is None:
+            # First look at a running server this hub process did not start
+            # (e.g. after a hub restart): a boost cut short by the restart ends here.
+            self._weight_checked = True
+            obj = await self.get_object()
+            if obj and obj["HostConfig"].get("CpuShares") != self.cpu_shares:
+                await self.docker("update_container", self.container_id, cpu_shares=self.cpu_shares)
+                self.log.info("reset CPU weight of %s to %d", self.user.name, self.cpu_shares)
+        return status
+
+    _weight_checked = False
+
     async def _end_startup_boost(self, ip: str, port: int) -> None:
         """Wait until the new server answers (or the boost times out), then drop to the normal weight."""
         started = time.monotonic()
