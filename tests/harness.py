@@ -47,6 +47,8 @@ class RunningHub:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     created_users: set[str] = field(default_factory=set)
+    # What runs the hub; benchmarks swap in a stock JupyterHub for comparison.
+    command: list[str] | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -56,8 +58,9 @@ class RunningHub:
         self.log_path = self.workdir / "hub.log"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "workshop"), "-c", str(self.config_path), "up"],
+            self.command or [str(VENV_BIN / "workshop"), "-c", str(self.config_path), "up"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, WORKSHOP_CONFIG=str(self.config_path)),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -175,10 +178,10 @@ def write_test_config(workdir: Path, **overrides) -> tuple[Path, dict]:
 
 
 
-def start_hub(workdir: Path, **overrides) -> RunningHub:
-    """Write a test workshop.yaml into workdir and run `workshop up` on it."""
+def start_hub(workdir: Path, command: list[str] | None = None, **overrides) -> RunningHub:
+    """Write a test workshop.yaml into workdir and run `workshop up` (or `command`) on it."""
     path, settings = write_test_config(workdir, **overrides)
-    h = RunningHub(workdir=workdir, config_path=path, settings=settings)
+    h = RunningHub(workdir=workdir, config_path=path, settings=settings, command=command)
     h.url = f"http://127.0.0.1:{settings['hub']['port']}"
     h.api_url = f"{h.url}/hub/api"
     h.access_code = settings["event"]["access_code"]
