@@ -35,6 +35,8 @@ import requests  # noqa: E402
 from bench_spawn import new_user, time_to_ready  # noqa: E402
 from harness import ARTIFACTS, remove_user_objects, start_hub  # noqa: E402
 from kernelclient import Kernel  # noqa: E402
+from workshop import cgroups  # noqa: E402
+from workshop.admission import available_memory  # noqa: E402
 
 BUSY = ("import subprocess, sys\n"
         "procs = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range({n})]\n"
@@ -44,27 +46,6 @@ BUSY = ("import subprocess, sys\n"
 def percentile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
-
-
-def cpu_usage_ns(container) -> int:
-    """Total CPU time of a container from its cgroup (v1 cpuacct or v2 cpu.stat)."""
-    pid = container.attrs["State"]["Pid"]
-    for line in open(f"/proc/{pid}/cgroup"):
-        _, controllers, path = line.strip().split(":", 2)
-        if "cpuacct" in controllers.split(","):
-            return int(open(f"/sys/fs/cgroup/cpuacct{path}/cpuacct.usage").read())
-        if controllers == "":
-            for stat in open(f"/sys/fs/cgroup{path}/cpu.stat"):
-                if stat.startswith("usage_usec"):
-                    return int(stat.split()[1]) * 1000
-    raise RuntimeError(f"no CPU accounting found for {container.name}")
-
-
-def available_memory() -> int:
-    for line in open("/proc/meminfo"):
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def login_latencies(url: str, n: int) -> list[float]:
@@ -109,13 +90,15 @@ def run_phase(label: str, boost: int, greedy: int, client, stock: bool = False) 
         containers = {name: container_of(client, name) for name, _ in users}
         time.sleep(5)  # let the load settle
 
-        before = {n: cpu_usage_ns(c) for n, c in containers.items()}
+        mode = cgroups.detect()
+        pids = {n: c.attrs["State"]["Pid"] for n, c in containers.items()}
+        before = {n: cgroups.cpu_usage_ns(pid, mode) for n, pid in pids.items()}
         t0 = time.monotonic()
         latencies = login_latencies(hub.url, 50)
         late_name, late_password = new_user(hub, "late")
         late = time_to_ready(hub, late_name, late_password)
         elapsed = time.monotonic() - t0
-        after = {n: cpu_usage_ns(c) for n, c in containers.items()}
+        after = {n: cgroups.cpu_usage_ns(pid, mode) for n, pid in pids.items()}
         shares = {n: (after[n] - before[n]) / 1e9 / elapsed for n in containers}
         xs = list(shares.values())
         jain = sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))

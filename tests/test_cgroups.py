@@ -65,19 +65,6 @@ def cgroup_paths(pid: int) -> dict[str, str]:
     return paths
 
 
-def cpu_time_ns(pid: int, mode: cgroups.CgroupMode) -> int:
-    """CPU time used so far by the container that `pid` belongs to, from its cgroup."""
-    paths = cgroup_paths(pid)
-    if mode.version == 2:
-        stat = dict(line.split() for line in read(CGROUP_ROOT / paths[""].lstrip("/") / "cpu.stat").splitlines())
-        return int(stat["usage_usec"]) * 1000
-    for base in ("cpuacct", "cpu,cpuacct"):
-        usage = CGROUP_ROOT / base / paths["cpuacct"].lstrip("/") / "cpuacct.usage"
-        if usage.exists():
-            return int(read(usage))
-    raise AssertionError(f"no cpuacct.usage for pid {pid} ({paths['cpuacct']})")
-
-
 def test_parent_cgroup_caps_all_attendees_at_the_capacity_plan(hub, hub_config, mode, attendee_containers):
     plan = capacity.plan(hub_config, config.HostFacts.detect())
     page = os.sysconf("SC_PAGE_SIZE")
@@ -188,9 +175,9 @@ def test_two_busy_attendees_split_a_one_core_parent_evenly(docker_client, mode, 
             container.reload()
             pids.append(container.attrs["State"]["Pid"])
         time.sleep(1)  # both loops running
-        start, t0 = [cpu_time_ns(pid, mode) for pid in pids], time.monotonic()
+        start, t0 = [cgroups.cpu_usage_ns(pid, mode) for pid in pids], time.monotonic()
         time.sleep(5)
-        used = [cpu_time_ns(pid, mode) - s for pid, s in zip(pids, start)]
+        used = [cgroups.cpu_usage_ns(pid, mode) - s for pid, s in zip(pids, start)]
         elapsed_ns = (time.monotonic() - t0) * 1e9
     finally:
         for container in busy:

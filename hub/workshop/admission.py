@@ -48,11 +48,11 @@ class Request:
     available_memory: int          # bytes the host can hand out now
 
 
-def decide(req: Request, attendee_seats: int, min_free_memory: int) -> AdmissionRefused | None:
-    """The refusal for this request, or None when it may start."""
+def decide(req: Request, attendee_seats: int | None, min_free_memory: int) -> AdmissionRefused | None:
+    """The refusal for this request, or None when it may start (attendee_seats None: no seat check)."""
     if req.is_instructor:
         return None
-    if req.active_attendee_servers >= attendee_seats:
+    if attendee_seats is not None and req.active_attendee_servers >= attendee_seats:
         taken = req.active_attendee_servers
         return AdmissionRefused(
             "seats",

@@ -96,7 +96,8 @@ def detect(info: Mapping[str, Any] | None = None) -> CgroupMode:
         if missing:
             raise CgroupError(f"Docker reports cgroup v1, but no hierarchy with the {' and '.join(missing)} "
                               "controller is mounted; mount it under /sys/fs/cgroup (Docker needs it too)")
-        mounts = {c: v1[c] for c in ("cpu", "memory")}
+        # cpuacct too where mounted: CPU accounting (cpu_usage_ns) reads it.
+        mounts = {c: v1[c] for c in ("cpu", "memory", "cpuacct") if c in v1}
     return CgroupMode(version=version, driver=driver, mounts=mounts,
                       systemd_booted=Path("/run/systemd/system").is_dir())
 
@@ -192,6 +193,21 @@ def check(cfg: WorkshopConfig, capacity, mode: CgroupMode | None = None) -> list
         oom = ("warn", f"the hub cannot lower its oom_score_adj here (no CAP_SYS_RESOURCE); it stays at 0 and only "
                        f"attendee containers' {ATTENDEE_OOM_SCORE_ADJ} makes the kernel pick them first")
     return [verdict, oom]
+
+
+def cpu_usage_ns(pid: int, mode: CgroupMode) -> int:
+    """CPU time used so far by the cgroup process `pid` is in (its container), in nanoseconds."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if mode.version == 2 and controllers == "":
+            for stat in (mode.mounts["unified"] / rel / "cpu.stat").read_text().splitlines():
+                key, value = stat.split()
+                if key == "usage_usec":
+                    return int(value) * 1000
+        elif mode.version == 1 and "cpuacct" in controllers.split(",") and "cpuacct" in mode.mounts:
+            return int((mode.mounts["cpuacct"] / rel / "cpuacct.usage").read_text())
+    raise CgroupError(f"no CPU accounting found for process {pid}")
 
 
 def protect_from_oom(pid: int | str = "self", score: int = HUB_OOM_SCORE_ADJ) -> str | None:

@@ -69,12 +69,11 @@ def _port_free(ip: str, port: int) -> bool:
     return True
 
 
-def _cgroup_checks(cfg: WorkshopConfig) -> list[tuple[str, str]]:
+def _cgroup_checks(cfg: WorkshopConfig, plan) -> list[tuple[str, str]]:
     """Verdicts on the attendees' parent cgroup and the hub's OOM protection."""
-    from . import capacity, cgroups
+    from . import cgroups
 
     verdicts = {"ok": OK, "warn": WARN, "fail": FAIL}
-    plan = capacity.plan(cfg, HostFacts.detect())
     return [(verdicts[v], msg) for v, msg in cgroups.check(cfg, plan)]
 
 
@@ -113,7 +112,7 @@ def cmd_check(args) -> int:
         results.append((OK, f"Docker engine reachable (server {client.version().get('Version')})"))
         present, msg = _image_status(client, cfg)
         results.append((OK if "up to date" in msg else (WARN if present else FAIL), msg))
-        results += _cgroup_checks(cfg)
+        results += _cgroup_checks(cfg, cap)
     except SystemExit as e:
         results.append((FAIL, str(e).removeprefix("error: ")))
     chp = shutil.which("configurable-http-proxy")

@@ -168,7 +168,7 @@ class WorkshopSpawner(DockerSpawner):
 
     async def poll(self):
         status = await super().poll()
-        if status is None and not self._weight_checked and getattr(self, "_boost_task", None) is None:
+        if status is None and not self._weight_checked and self._boost_task is None:
             # First look at a running server this hub process did not start
             # (e.g. after a hub restart): a boost cut short by the restart ends here.
             self._weight_checked = True
@@ -179,6 +179,7 @@ class WorkshopSpawner(DockerSpawner):
         return status
 
     _weight_checked = False
+    _boost_task = None
 
     async def _end_startup_boost(self, ip: str, port: int) -> None:
         """Wait until the new server answers (or the boost times out), then drop to the normal weight."""
@@ -232,7 +233,7 @@ class WorkshopSpawner(DockerSpawner):
             active_attendee_servers=admission.active_attendee_servers(self.user.settings["users"], self.user.name),
             available_memory=admission.available_memory(),
         )
-        seats = self.attendee_seats if self.attendee_seats >= 0 else 1 << 30
+        seats = self.attendee_seats if self.attendee_seats >= 0 else None
         refusal = admission.decide(request, seats, self.min_free_memory)
         if refusal is not None:
             admission.REFUSALS.labels(reason=refusal.reason_code).inc()
